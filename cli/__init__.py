@@ -1,0 +1,1 @@
+"""The rsflow command-line interface."""

@@ -1,0 +1,3 @@
+from rsflow.cli.main import app
+
+app(prog_name="rsflow")

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up .venv (see scripts/setup.sh) and run the test suite. Extra arguments go to pytest.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,1 @@
+"""The embedding store: LanceDB tables, the manifest, pairing, the FAISS index and DuckDB SQL."""

@@ -1,0 +1,5 @@
+"""Tiny ViTMAE checkpoints for tests; they live in the library so that the sample job can use them."""
+
+from rsflow.tiny import make_tiny_vitmae
+
+__all__ = ["make_tiny_vitmae"]
