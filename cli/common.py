@@ -77,7 +77,8 @@ def setup_logging(verbose: bool) -> None:
     )
 
 
-def progress_bar(description: str) -> "Progress":  # noqa: F821 - rich is imported lazily
+def progress_bar(description: str):
+    """Return a rich progress bar on stderr, shown only on a terminal."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(

@@ -42,7 +42,11 @@ def _print_summary(summary: dict) -> None:
     bounds = summary["bounds"]
     if bounds:
         table.add_row("bounds (lon/lat)", "W {west:.5f}  S {south:.5f}  E {east:.5f}  N {north:.5f}".format(**bounds))
-    for key, value in summary.get("pairing", {}).items():
-        table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+    pairing = summary.get("pairing")
+    if pairing:
+        by_rule = ", ".join(f"{count:,} by {how}" for how, count in pairing["pairs"].items())
+        table.add_row("pairs by rule", by_rule)
+        table.add_row("chips without text", f"{pairing['chips_without_text']:,}")
+        table.add_row("texts without chip", f"{pairing['texts_without_chip']:,}")
     table.add_row("size on disk", f"{summary['size_bytes'] / 1e6:.1f} MB")
     stdout.print(table)

@@ -7,8 +7,12 @@ from typing import Annotated
 import typer
 
 from rsflow.cli.common import setup_logging
+from rsflow.cli.export import export
 from rsflow.cli.info import info
 from rsflow.cli.ingest import ingest
+from rsflow.cli.sql import sql
+from rsflow.cli.texts import ingest_text, pair
+from rsflow.cli.train import evaluate, train
 
 app = typer.Typer(
     name="rsflow",
@@ -26,4 +30,10 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log prog
 
 
 app.command()(ingest)
+app.command("ingest-text")(ingest_text)
+app.command()(pair)
+app.command()(train)
+app.command()(evaluate)
 app.command()(info)
+app.command()(sql)
+app.command()(export)

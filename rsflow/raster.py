@@ -238,7 +238,7 @@ def select_bands(info: ImageInfo, channels: int, bands: list[int] | None = None)
         return list(bands)
 
     if len(info.data_bands) != channels:
-        alpha = f" plus an alpha band (used as mask)" if info.alpha_band else ""
+        alpha = " plus an alpha band (used as mask)" if info.alpha_band else ""
         hint = ",".join(["1"] * channels) if len(info.data_bands) == 1 else "4,3,2"
         raise RasterError(
             f"{info.path}: the image has {_bands_phrase(len(info.data_bands))}{alpha} but the encoder takes "

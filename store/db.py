@@ -12,7 +12,6 @@ import logging
 import os
 from pathlib import Path
 
-import lancedb
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -41,6 +40,9 @@ class Store:
     def __init__(self, path: Path, manifest: Manifest):
         self.path = path
         self.manifest = manifest
+        # Imported here: importing lancedb takes seconds, which `rsflow --help` should not pay.
+        import lancedb
+
         self.db = lancedb.connect(str(path))
 
     @classmethod
@@ -138,7 +140,9 @@ class Store:
 
     def replace_pairs(self, pairs: pa.Table) -> None:
         """Replace the whole `pairs` table; pairing is recomputed from the images and texts tables."""
-        self.db.create_table("pairs", data=pairs.cast(PAIRS_SCHEMA), schema=PAIRS_SCHEMA, mode="overwrite")
+        table = self.db.create_table("pairs", schema=PAIRS_SCHEMA, mode="overwrite")
+        if pairs.num_rows:
+            table.add(pairs.cast(PAIRS_SCHEMA))
 
     def finish_images(self) -> None:
         """Compact the images table and (re)build the scalar index on `cell`."""

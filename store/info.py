@@ -23,6 +23,8 @@ def store_summary(store: Store) -> dict:
         "bounds": None,
         "size_bytes": _folder_size(store.path),
     }
+    if store.has_table("pairs"):
+        summary["pairing"] = _pairing(store)
     if not store.has_table("images"):
         return summary
 
@@ -36,6 +38,21 @@ def store_summary(store: Store) -> dict:
         west, south, east, north = shapely.total_bounds(footprints)
         summary["bounds"] = {"west": west, "south": south, "east": east, "north": north}
     return summary
+
+
+def _pairing(store: Store) -> dict:
+    pairs = store.table("pairs").to_lance().to_table(columns=["chip_id", "text_id", "how"])
+    by_rule = pairs.group_by("how").aggregate([("how", "count")])
+    counts = {"image_ref": 0, "intersects": 0, "cell": 0}
+    counts.update(dict(zip(by_rule["how"].to_pylist(), by_rule["how_count"].to_pylist())))
+    paired_chips = pc.count_distinct(pairs["chip_id"]).as_py()
+    paired_texts = pc.count_distinct(pairs["text_id"]).as_py()
+    return {
+        "pairs": counts,
+        "pairs_total": pairs.num_rows,
+        "chips_without_text": store.count("images") - paired_chips,
+        "texts_without_chip": store.count("texts") - paired_texts,
+    }
 
 
 def _folder_size(path: Path) -> int:

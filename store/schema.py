@@ -5,7 +5,8 @@ share a place; `sources`, one row per image file whose chips are all written, so
 ingest of the same file content skips it and an interrupted ingest knows where to resume.
 
 Geometries are WKB in EPSG:4326; `cell` is the H3 index (h3's uint64 cells are all below 2^63, so
-int64 holds them); embeddings and priors are fixed-size lists of float32.
+int64 holds them); embeddings and priors are fixed-size lists of float32, a prior flattened from its
+K x D shape (the manifest records K and D).
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def texts_schema(prefix_slots: int, prior_dim: int) -> pa.Schema:
             pa.field("cell", pa.int64()),
             pa.field("image_ref", pa.string()),
             pa.field("attributes", pa.string()),
-            pa.field("prior", pa.list_(pa.list_(pa.float32(), prior_dim), prefix_slots), nullable=False),
+            # K x D, flattened row-major: slot k is prior[k * D : (k + 1) * D]. A nested fixed-size list
+            # would say the shape itself, but pylance 14 writes it and then fails to read it back.
+            pa.field("prior", pa.list_(pa.float32(), prefix_slots * prior_dim), nullable=False),
         ]
     )
 

@@ -79,3 +79,55 @@ def lr_store(lr_store_template, tmp_path) -> Path:
     path = tmp_path / "store"
     shutil.copytree(lr_store_template, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory) -> Path:
+    from support.tiny_llm import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def other_llm_dir(tmp_path_factory) -> Path:
+    """A second tiny LLM with other weights, for the LLM-mismatch checks."""
+    from support.tiny_llm import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("other-llama"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def paired_store_template(tmp_path_factory, tiny_encoder, tiny_llm_dir) -> Path:
+    """A store of RSVQA-LR GeoTIFFs, the COG and Landsat scenes, and the example texts, paired."""
+    from rsflow.ingest import IngestOptions, ingest_images
+    from rsflow.store.db import Store
+    from rsflow.textingest import ensure_llm, ingest_texts
+
+    path = tmp_path_factory.mktemp("paired-store") / "store"
+    store = Store.open_or_create(path)
+    folders = [IMAGERY_DIR / "rsvqa_lr", IMAGERY_DIR / "cog", IMAGERY_DIR / "landsat", IMAGERY_DIR / "rsicd"]
+    ingest_images(store, folders, tiny_encoder, IngestOptions(chip_size=64))
+    embeddings = ensure_llm(store, str(tiny_llm_dir), 4)
+    texts = REPO_DIR / "examples" / "texts"
+    sources = [texts / "points.jsonl", texts / "areas.csv", IMAGERY_DIR / "rsicd" / "stadium_1_captions.jsonl"]
+    ingest_texts(store, sources, embeddings)
+    return path
+
+
+@pytest.fixture
+def paired_store(paired_store_template, tmp_path) -> Path:
+    """A private copy of the paired store."""
+    path = tmp_path / "paired"
+    shutil.copytree(paired_store_template, path)
+    return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Run torch on one thread: on a busy 2-core machine two threads make tiny models many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
