@@ -40,7 +40,7 @@ def write_checkpoint(folder: Path, hidden_size: int, vocab_size: int, num_layers
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.support.tiny_llm import train_tokenizer
+    from rsflow.tiny_llm import train_tokenizer
 
     tokenizer = train_tokenizer(vocab_size=1000)
     config = LlamaConfig(

@@ -102,6 +102,20 @@ def parse_int_list(text: str | None, option: str) -> list[int] | None:
         raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers.", param_hint=option) from None
 
 
+def parse_id_ranges(text: str | None, option: str) -> list[int] | None:
+    """Parse "0-15,20,22-23" into a list of integers."""
+    if text is None:
+        return None
+    ids: list[int] = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            ids.extend(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a list of ids and ranges such as 0-15,20.", param_hint=option) from None
+    return ids
+
+
 def parse_range(text: str | None, option: str) -> tuple[float, float] | None:
     if text is None:
         return None

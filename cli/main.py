@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from rsflow.cli.ask import ask
 from rsflow.cli.common import setup_logging
 from rsflow.cli.export import export
 from rsflow.cli.info import info
@@ -33,6 +34,7 @@ app.command()(ingest)
 app.command("ingest-text")(ingest_text)
 app.command()(pair)
 app.command()(train)
+app.command()(ask)
 app.command()(evaluate)
 app.command()(info)
 app.command()(sql)

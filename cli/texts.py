@@ -12,6 +12,7 @@ from rsflow.cli.common import (
     JsonOption,
     StoreOption,
     console,
+    parse_id_ranges,
     print_json,
     progress_bar,
     reported_errors,
@@ -40,6 +41,10 @@ def ingest_text(
     kind: Annotated[str | None, typer.Option(help="Kind of every text: caption, label, question-answer or map feature.")] = None,
     layout: Annotated[str, typer.Option(help="Source layout; 'auto' detects it from the file.")] = "auto",
     split: Annotated[str | None, typer.Option(help="RSVQA split to read (train, val, test).")] = None,
+    rsvqa_images: Annotated[
+        str | None,
+        typer.Option(help="RSVQA image ids whose questions to read, e.g. 0-15 or 1,4,9 (to hold images out)."),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Store geo-located texts as LLM token-embedding priors and pair them with chips by place.
@@ -67,7 +72,8 @@ def ingest_text(
 
             report = ingest_texts(
                 opened, paths, embeddings, text_field=text_field, text_fields=fields, kind=kind,
-                layout=layout, split=split, progress=on_event,
+                layout=layout, split=split, image_ids=parse_id_ranges(rsvqa_images, "--rsvqa-images"),
+                progress=on_event,
             )
 
     if json_output:

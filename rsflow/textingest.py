@@ -109,6 +109,7 @@ def ingest_texts(
     kind: str | None = None,
     layout: str = "auto",
     split: str | None = None,
+    image_ids: list[int] | None = None,
     progress: Callable[[str, dict], None] | None = None,
 ) -> TextIngestReport:
     """Read every text source in `paths`, compute the priors, write them, and re-pair the store."""
@@ -119,7 +120,10 @@ def ingest_texts(
     places = _ImagePlaces(store)
 
     for path in paths:
-        result = read_texts(path, text_field=text_field, text_fields=text_fields, kind=kind, layout=layout, split=split)
+        result = read_texts(
+            path, text_field=text_field, text_fields=text_fields, kind=kind, layout=layout, split=split,
+            image_ids=image_ids,
+        )
         report.sources += 1
         report.texts_read += result.accepted
         report.rejected.extend(str(r) for r in result.rejected)

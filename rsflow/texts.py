@@ -167,6 +167,7 @@ def read_texts(
     kind: str | None = None,
     layout: str = "auto",
     split: str | None = None,
+    image_ids: Iterable[int] | None = None,
 ) -> TextReadResult:
     """Read the texts of one source file or folder into `TextRecord`s and `Rejection`s.
 
@@ -175,7 +176,8 @@ def read_texts(
     fields as "name=value; name=value". `kind` sets the kind of every record (one of `KINDS`),
     and without it each layout sets its own. `layout` is one of `LAYOUTS`. `split` selects the
     RSVQA split. The release layout needs one because reading the test split's answers into a
-    store would leak them into evaluation.
+    store would leak them into evaluation. `image_ids` keeps the RSVQA questions of those images
+    only, for example to hold images out of the website subset, which has no splits.
     """
     path = Path(path).resolve()
     if not path.exists():
@@ -200,10 +202,10 @@ def read_texts(
         "class-folders": _read_class_folders,
     }
     if layout == "rsvqa":
-        _read_rsvqa(path, split, options, result)
+        _read_rsvqa(path, split, options, result, None if image_ids is None else set(image_ids))
     else:
-        if split is not None:
-            raise ValueError(f"split applies to the rsvqa layout only, not to {layout}")
+        if split is not None or image_ids is not None:
+            raise ValueError(f"split and image_ids apply to the rsvqa layout only, not to {layout}")
         readers[layout](path, options, result)
 
     logger.info(
@@ -679,11 +681,15 @@ def question_answer_text(question: str, answer: str) -> str:
     return f"{question} {answer.strip()}"
 
 
-def _read_rsvqa(path: Path, split: str | None, options: _Options, result: TextReadResult) -> None:
+def _read_rsvqa(
+    path: Path, split: str | None, options: _Options, result: TextReadResult, image_ids: set[int] | None = None
+) -> None:
     """Read an RSVQA split: one question-answer text per question, placed on its image footprint."""
     dataset = rsvqa.load_rsvqa(path, split)
     collector = _Collector(result, dataset.questions_file)
     for question in dataset.questions:
+        if image_ids is not None and question.image_id not in image_ids:
+            continue
         result.rows += 1
         image = dataset.image_of(question)
         image_ref = str(image.path) if image.path.is_file() else image.path.name

@@ -140,7 +140,11 @@ class Store:
 
     def replace_pairs(self, pairs: pa.Table) -> None:
         """Replace the whole `pairs` table; pairing is recomputed from the images and texts tables."""
-        table = self.db.create_table("pairs", schema=PAIRS_SCHEMA, mode="overwrite")
+        # Dropped and created anew, not overwritten: an overwrite of a missing table makes Lance log a
+        # warning on stderr. The FAISS index is of the images table, so it is not affected.
+        if self.has_table("pairs"):
+            self.db.drop_table("pairs")
+        table = self.db.create_table("pairs", schema=PAIRS_SCHEMA)
         if pairs.num_rows:
             table.add(pairs.cast(PAIRS_SCHEMA))
 

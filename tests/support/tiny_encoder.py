@@ -1,5 +1,5 @@
 """Tiny ViTMAE checkpoints for tests; they live in the library so that the sample job can use them."""
 
-from rsflow.tiny import make_tiny_vitmae
+from rsflow.tiny_encoder import make_tiny_vitmae
 
 __all__ = ["make_tiny_vitmae"]

@@ -1,4 +1,4 @@
-"""Tiny checkpoints built from the real transformers config classes, for tests and the sample job.
+"""Tiny ViTMAE checkpoints built from the real config class, for tests and the sample job.
 
 They have random weights: their embeddings carry no meaning, but they go through the same loading,
 normalization and pooling code as a real checkpoint such as facebook/vit-mae-base.
