@@ -8,6 +8,7 @@ import typer
 
 from rsflow.cli.ask import ask
 from rsflow.cli.common import setup_logging
+from rsflow.cli.eval import app as eval_app
 from rsflow.cli.export import export
 from rsflow.cli.info import info
 from rsflow.cli.ingest import ingest
@@ -39,3 +40,4 @@ app.command()(evaluate)
 app.command()(info)
 app.command()(sql)
 app.command()(export)
+app.add_typer(eval_app, name="eval")

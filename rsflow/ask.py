@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_RANKER = "sentence-transformers/all-MiniLM-L6-v2"
 YES_NO_WORDS = ("is", "are", "does", "do", "can", "has", "have", "was", "were", "will", "could", "should")
-COUNT_CANDIDATES = ("0", "between 1 and 10", "between 11 and 100", "between 101 and 1000", "more than 1000")
 
 
 class AskError(ValueError):
@@ -288,15 +287,17 @@ class Asker:
         return self.flow.prefix(embedding, lonlat)[0]
 
     def score_candidates(self, question: str, query: ImageQuery) -> list[dict]:
-        """Score the closed answers of `question` by the flow's log-likelihood of their priors."""
+        """Score the closed answers of `question` (see `closed_candidates`); [] for an open question."""
+        answers = closed_candidates(question, self.labels())
+        return self.score_answers(question, query, answers) if answers else []
+
+    def score_answers(self, question: str, query: ImageQuery, answers: list[str]) -> list[dict]:
+        """Rank `answers` by the flow's log-likelihood of the prior of "question answer", best first."""
         import torch
 
         from rsflow.llm import text_priors
         from rsflow.texts import question_answer_text
 
-        answers = closed_candidates(question, self.labels())
-        if not answers:
-            return []
         priors = text_priors([question_answer_text(question, a) for a in answers], self.token_embeddings,
                              self.flow.config.num_slots).priors
         lonlat = torch.tensor([[query.lon if query.lon is not None else float("nan"),
@@ -331,13 +332,16 @@ def closed_candidates(question: str, labels: list[str]) -> list[str]:
     """Return the candidate answers of a closed question, or [] for an open one.
 
     Yes/no questions start with an auxiliary verb; count questions start with "how many" (the
-    candidates are RSVQA's count bins); a question naming a class or land use gets the store's labels.
+    candidates are the RSVQA authors' count bins); a question naming a class or land use gets the
+    store's labels.
     """
     words = re.findall(r"[a-z]+", question.lower())
     if not words:
         return []
     if words[:2] == ["how", "many"]:
-        return list(COUNT_CANDIDATES)
+        from rsflow.rsvqa import COUNT_BINS
+
+        return list(COUNT_BINS)
     if "rural" in words and "urban" in words:
         return ["rural", "urban"]
     if words[0] in YES_NO_WORDS:

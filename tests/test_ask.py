@@ -116,7 +116,7 @@ def test_closed_question_scored(asker):
     "question, expected",
     [
         ("Is there a road?", ["yes", "no"]),
-        ("How many buildings are there?", ["0", "between 1 and 10", "between 11 and 100", "between 101 and 1000", "more than 1000"]),
+        ("How many buildings are there?", ["0", "between 0 and 10", "between 10 and 100", "between 100 and 1000", "more than 1000"]),
         ("Is it a rural or an urban area", ["rural", "urban"]),
         ("What land use class is this?", ["forest", "pasture"]),
         ("Describe the image.", []),
