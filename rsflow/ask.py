@@ -30,11 +30,12 @@ import pyarrow.compute as pc
 
 from rsflow.encoders import ImageEncoder
 from rsflow.raster import Georef, chip_places, chip_windows, open_image, read_chip, select_bands, value_scaling
-from rsflow.store.db import Store, StoreError
+from rsflow.store.db import Store
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_RANKER = "sentence-transformers/all-MiniLM-L6-v2"
+EMBED_BATCH = 32
 YES_NO_WORDS = ("is", "are", "does", "do", "can", "has", "have", "was", "were", "will", "could", "should")
 
 
@@ -159,31 +160,33 @@ class Asker:
     # Asking ----------------------------------------------------------------------------------------
 
     def embed_image(self, image: str | Path, options: AskOptions) -> ImageQuery:
-        """Read, tile and embed an image; return the mean chip embedding and the image centre."""
+        """Read, tile and embed an image; return the mean chip embedding and the image centre.
+
+        Chips are read and embedded in batches, so memory does not grow with the scene.
+        """
+        from rasterio.windows import Window
+
+        total, count = None, 0
         with open_image(image, options.georef) as (dataset, info):
             bands = select_bands(info, self.encoder.info.num_channels, options.bands)
             size = options.chip_size or self.encoder.info.image_size
             windows = chip_windows(info.width, info.height, size, size, "pad")
             scaling = value_scaling(dataset, info, bands, options.value_range)
-            chips = [read_chip(dataset, info, window, bands, scaling) for window in windows]
-            chips = [chip for chip in chips if chip.valid.any()]
-            if not chips:
-                raise AskError(f"{image}: every pixel is nodata, so there is nothing to ask about.")
-            center = None
-            if info.georeferenced:
-                from rasterio.windows import Window
+            for start in range(0, len(windows), EMBED_BATCH):
+                chips = [read_chip(dataset, info, w, bands, scaling) for w in windows[start : start + EMBED_BATCH]]
+                chips = [chip for chip in chips if chip.valid.any()]
+                if not chips:
+                    continue
+                # Chips of one batch share a shape, except a whole small image (one chip).
+                vectors = self.encoder.embed(np.stack([c.values for c in chips]), np.stack([c.valid for c in chips]))
+                total = vectors.sum(axis=0) if total is None else total + vectors.sum(axis=0)
+                count += len(chips)
+            center = chip_places(info, [Window(0, 0, info.width, info.height)])[0] if info.georeferenced else None
 
-                center = chip_places(info, [Window(0, 0, info.width, info.height)])[0]
-
-        vectors = []
-        for start in range(0, len(chips), 32):
-            group = chips[start : start + 32]
-            shapes = {chip.values.shape for chip in group}
-            for shape in shapes:
-                same = [c for c in group if c.values.shape == shape]
-                vectors.append(self.encoder.embed(np.stack([c.values for c in same]), np.stack([c.valid for c in same])))
-        pooled = np.concatenate(vectors).mean(axis=0).astype(np.float32)
-        return ImageQuery(pooled, center.lon if center else None, center.lat if center else None, len(chips))
+        if count == 0:
+            raise AskError(f"{image}: every pixel is nodata, so there is nothing to ask about.")
+        pooled = (total / count).astype(np.float32)
+        return ImageQuery(pooled, center.lon if center else None, center.lat if center else None, count)
 
     def ask(self, image: str | Path, question: str, options: AskOptions | None = None) -> Answer:
         """Answer `question` about `image` with its evidence; see the module docstring."""

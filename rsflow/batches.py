@@ -33,7 +33,7 @@ _SCAN_ROWS = 8192
 
 @dataclass
 class PairSplit:
-    """Which chips are held out for validation: whole cells, plus a random share of cell-less chips."""
+    """The validation split: whole held-out cells, plus a random share of the chips without a cell."""
 
     validation_cells: list[int] = field(default_factory=list)
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION

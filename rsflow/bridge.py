@@ -60,7 +60,7 @@ def _store_identity(store: Store) -> dict[str, Any]:
 
 @dataclass
 class StoreTraining:
-    """What `train_store` produced: the history, the split, and the number of pairs on each side."""
+    """The result of `train_store`: the history, the split, and the number of pairs on each side."""
 
     result: TrainResult
     split: PairSplit

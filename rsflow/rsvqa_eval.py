@@ -36,7 +36,7 @@ EXACT_COUNT_CANDIDATES = tuple(str(n) for n in range(0, 31))
 
 @dataclass
 class EvalSettings:
-    """What `evaluate_rsvqa` asks and how."""
+    """The settings of `evaluate_rsvqa`: split, question limit, ablations, count scoring, asking options."""
 
     split: str | None = "test"
     limit: int | None = None
@@ -118,7 +118,7 @@ def _read_cache(cache: Path) -> dict[tuple[int, str], dict]:
             answers[(int(record["question_id"]), record["ablation"])] = record
         except (json.JSONDecodeError, KeyError, ValueError):
             # The last line of a killed run can be cut off; it is asked again.
-            logger.warning("%s:%d: unreadable cached answer, asked again", cache, number)
+            logger.warning("%s:%d: cached answer is unreadable; the question will be asked again", cache, number)
     return answers
 
 

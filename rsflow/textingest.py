@@ -36,7 +36,7 @@ TEXT_BATCH = 512
 
 @dataclass
 class TextIngestReport:
-    """What a text ingest did, in a form that scripts can read (`to_dict`)."""
+    """The summary of a text ingest, in a form that scripts can read (`to_dict`)."""
 
     sources: int = 0
     texts_read: int = 0
