@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 import h3
 import numpy as np
 import pyarrow as pa
+import rasterio
 
 from rsflow.encoders import ImageEncoder
 from rsflow.raster import (
@@ -28,6 +30,7 @@ from rsflow.raster import (
     ImageInfo,
     RasterError,
     Place,
+    block_cache_bytes,
     chip_places,
     chip_windows,
     open_image,
@@ -41,6 +44,8 @@ from rsflow.store.schema import SOURCES_SCHEMA, images_schema
 logger = logging.getLogger(__name__)
 
 _HASH_CHUNK = 8 * 1024 * 1024
+# Windows whose footprints are computed together: one reprojection call each, bounded memory.
+PLACE_SLICE = 1024
 
 
 class IngestError(RuntimeError):
@@ -195,16 +200,22 @@ def _ingest_file(
             chip_id(sha, int(w.col_off), int(w.row_off), int(w.width), int(w.height)) for w in windows
         ]
         todo = [(i, w) for i, w in zip(identifiers, windows) if i not in stored]
-        places = chip_places(info, [w for _, w in todo])
-
         file_rows = _FileRows(path=path, sha=sha, info=info, bands=bands, already_stored=len(windows) - len(todo))
-        for (identifier, window), place in zip(todo, places):
-            chip = read_chip(dataset, info, window, bands, scaling)
-            if not chip.valid.any():
-                file_rows.skipped_nodata += 1
-                continue
-            writer.add(identifier, chip, place, file_rows)
-            progress("chip", {"path": str(path)})
+
+        # Unless the user set GDAL_CACHEMAX, cap GDAL's block cache at what one row of chips needs,
+        # so that memory does not grow with the scene.
+        cache = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": block_cache_bytes(dataset, info, chip_size, bands)}
+        with rasterio.Env(**cache):
+            for start in range(0, len(todo), PLACE_SLICE):
+                part = todo[start : start + PLACE_SLICE]
+                places = chip_places(info, [w for _, w in part])
+                for (identifier, window), place in zip(part, places):
+                    chip = read_chip(dataset, info, window, bands, scaling)
+                    if not chip.valid.any():
+                        file_rows.skipped_nodata += 1
+                        continue
+                    writer.add(identifier, chip, place, file_rows)
+                    progress("chip", {"path": str(path)})
 
     report.files_read += 1
     report.chips_already_stored += file_rows.already_stored

@@ -65,6 +65,7 @@ PICTURE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 IMAGE_SUFFIXES = RASTER_SUFFIXES | PICTURE_SUFFIXES
 
 SCALING_SAMPLE_SIZE = 1024
+MIN_BLOCK_CACHE = 64 * 2**20
 STRETCH_PERCENTILES = (2.0, 98.0)
 # Points added along each edge of a chip outline before reprojection, so that a footprint in
 # EPSG:4326 follows the curved image of a straight projected edge.
@@ -271,6 +272,19 @@ def chip_windows(width: int, height: int, chip_size: int, stride: int, edge: str
         return list(range(0, last + 1, stride))
 
     return [Window(col, row, chip_size, chip_size) for row in offsets(height) for col in offsets(width)]
+
+
+def block_cache_bytes(dataset: rasterio.DatasetReader, info: ImageInfo, chip_size: int, bands: list[int]) -> int:
+    """Return a GDAL block cache size that holds the tiles of one row of chips, at least 64 MiB.
+
+    Chips are read row by row, so the cache only needs the block rows that one row of chips
+    touches, plus one. GDAL's default (5% of the machine's RAM) lets memory grow with the scene.
+    """
+    block_height = dataset.block_shapes[0][0] if dataset.block_shapes else 1
+    block_rows = -(-chip_size // max(block_height, 1)) + 1
+    itemsize = np.dtype(info.dtype).itemsize
+    needed = info.width * block_height * block_rows * len(set(bands)) * itemsize
+    return int(max(MIN_BLOCK_CACHE, needed))
 
 
 def value_scaling(
