@@ -78,8 +78,11 @@ def _print_answer(answer) -> None:
     stdout.print(f"[bold]Q:[/] {answer.question}", highlight=False)
     stdout.print(f"[bold]A:[/] {answer.answer or '(empty answer)'}", highlight=False)
     if answer.candidates:
-        scored = ", ".join(f"{c['answer']} {c['probability']:.2f}" for c in answer.candidates[:5])
-        stdout.print(f"flow's candidate scores: {scored}", highlight=False)
+        # Summed over K x D dimensions, log-likelihoods differ by tens of nats, so a softmax saturates;
+        # the differences say more.
+        best = answer.candidates[0]["log_likelihood"]
+        scored = ", ".join(f"{c['answer']} {c['log_likelihood'] - best:+.1f}" for c in answer.candidates[:5])
+        stdout.print(f"flow's candidate log-likelihoods, relative to the best: {scored}", highlight=False)
     if answer.location:
         stdout.print(f"image centre: {answer.location['lon']:.5f}, {answer.location['lat']:.5f} "
                      f"(cell {answer.location['cell']:x})", highlight=False)

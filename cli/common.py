@@ -17,8 +17,9 @@ from rich.console import Console
 # The Lance writer logs a warning for every table it creates; rsflow reports what matters itself.
 os.environ.setdefault("LANCE_LOG", "error")
 
-console = Console(stderr=True)
-stdout = Console()
+# soft_wrap: lines piped to a file or grep stay whole instead of breaking at 80 columns.
+console = Console(stderr=True, soft_wrap=True)
+stdout = Console(soft_wrap=True)
 
 EXIT_FAILED = 1
 EXIT_PARTIAL = 3

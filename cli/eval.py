@@ -17,7 +17,9 @@ app = typer.Typer(help="Measure rsflow on public benchmarks.", no_args_is_help=T
 def rsvqa(
     dataset_dir: Annotated[Path, typer.Argument(help="RSVQA folder in its published layout (see docs/rsvqa.md).")],
     store: StoreOption = None,
-    split: Annotated[str | None, typer.Option(help="Split: train, val, test (HR also test_phili). Website subsets have none.")] = "test",
+    split: Annotated[
+        str | None, typer.Option(help="Split: train, val, test (HR also test_phili). Leave out for a website subset.")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Ask only the first N questions (by image, then question id).")] = None,
     ablation: Annotated[
         list[str] | None,

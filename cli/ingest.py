@@ -135,6 +135,9 @@ def _print_report(report) -> None:
         console.print(f"{_count(count, suffix + ' file')} skipped (not an image)")
     for message in report.warnings:
         console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    if report.pairing:
+        pairing = report.pairing
+        console.print(f"{pairing['pairs_total']} pairs after re-pairing with the stored texts.")
     for rejected in report.files_rejected:
         console.print(f"[red]rejected:[/] {rejected['reason']}", highlight=False, soft_wrap=True)
 

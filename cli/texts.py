@@ -80,7 +80,8 @@ def ingest_text(
         print_json(report.to_dict())
     else:
         console.print(
-            f"{report.texts_read} texts read from {report.sources} sources, {report.texts_written} written, "
+            f"{report.texts_read} texts read from {report.sources} source{'s' if report.sources != 1 else ''}, "
+            f"{report.texts_written} written, "
             f"{report.texts_already_stored} already stored; {report.texts_placed_by_image} placed by their image, "
             f"{report.texts_without_place} without place."
         )

@@ -62,7 +62,7 @@ def train(
     )
     if summary["validation_bits_per_dim"]:
         best = summary["best_epoch"]
-        console.print(f"best epoch {best + 1}: {summary['validation_bits_per_dim'][best]:.4f} bits/dim held out.")
+        console.print(f"best epoch {best}: {summary['validation_bits_per_dim'][best - 1]:.4f} bits/dim held out.")
 
 
 def evaluate(

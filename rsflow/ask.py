@@ -258,8 +258,9 @@ class Asker:
                 columns=["chip_id", "text_id"], filter=pc.field("chip_id").isin(chip_ids)
             )
             text_ids = list(dict.fromkeys(pairs["text_id"].to_pylist()))
-            for row in _texts_by(texts, pc.field("text_id").isin(text_ids)):
-                candidates[row["text_id"]] = row | {"found_by": "neighbour"}
+            if text_ids:
+                for row in _texts_by(texts, pc.field("text_id").isin(text_ids)):
+                    candidates[row["text_id"]] = row | {"found_by": "neighbour"}
         if location is not None:
             cells = [h3.str_to_int(c) for c in h3.grid_disk(h3.int_to_str(location["cell"]), 1)]
             for row in _texts_by(texts, pc.field("cell").isin(cells)):

@@ -85,7 +85,12 @@ class PairSource:
         self.is_validation = self._validation_mask()
 
     def _choose_split(self, seed: int, fraction: float) -> PairSplit:
-        cells = pc.unique(self.chip_cells.drop_null()).to_numpy()
+        # Cells of paired chips only: a held-out cell without pairs would hold out nothing.
+        paired = np.zeros(len(self.chip_ids), dtype=bool)
+        for batch in self.pairs.to_batches(columns=["chip_id"], batch_size=_SCAN_ROWS):
+            rows = _positions(batch["chip_id"], self.chip_ids)
+            paired[rows[rows >= 0]] = True
+        cells = pc.unique(self.chip_cells.filter(pa.array(paired)).drop_null()).to_numpy()
         by_cell = len(cells) >= 2
         if not by_cell:
             logger.warning(

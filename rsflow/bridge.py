@@ -75,7 +75,7 @@ class StoreTraining:
             "validation_cells": len(self.split.validation_cells),
             "split_by_cell": self.split.by_cell,
             "num_parameters": self.num_parameters,
-            "best_epoch": self.result.best_epoch,
+            "best_epoch": self.result.best_epoch + 1,  # 1-based, as printed
             "train_bits_per_dim": self.result.train_bits_per_dim,
             "validation_bits_per_dim": self.result.val_bits_per_dim,
         }
@@ -104,7 +104,14 @@ def train_store(
     train_pairs, validation_pairs = source.count("train"), source.count("validation")
     if train_pairs == 0:
         raise ValueError(f"{store.path}: no training pairs outside the held-out cells; ingest more paired data.")
+    if validation_pairs == 0:
+        logger.warning(
+            "no pairs are held out, so the best checkpoint is chosen by training loss and `rsflow evaluate` "
+            "has nothing to score; ingest texts over more places"
+        )
 
+    # The seed fixes the initial weights too, so that a run with the same seed repeats.
+    torch.manual_seed(config.seed)
     flow = PrefixFlow(
         FlowConfig.for_dims(source.prior_dim, source.embedding_dim, source.prefix_slots, **(flow_overrides or {}))
     )

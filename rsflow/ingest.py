@@ -80,6 +80,7 @@ class IngestReport:
     chips_skipped: Counter = field(default_factory=Counter)
     files_rejected: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    pairing: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -92,6 +93,7 @@ class IngestReport:
             "chips_skipped": dict(self.chips_skipped),
             "files_rejected": self.files_rejected,
             "warnings": self.warnings,
+            "pairing": self.pairing,
         }
 
 
@@ -155,6 +157,9 @@ def ingest_images(
         try:
             _ingest_file(path, writer, encoder, options, completed, report, progress)
         except RasterError as error:
+            # A file that fails part-way leaves nothing behind: a later, complete copy of it has
+            # another content hash, and its chips would otherwise sit beside these ones.
+            writer.discard(path)
             report.files_rejected.append({"file": str(path), "reason": str(error)})
             logger.info("rejected %s", error)
             if options.strict:
@@ -166,6 +171,12 @@ def ingest_images(
     report.chips_written = writer.written
     if store.has_table("images"):
         store.finish_images()
+    if report.chips_written and store.has_table("texts"):
+        # New chips may lie under stored texts; pairs are cheap to recompute and stale ones would
+        # train the flow on part of the data.
+        from rsflow.store.pairs import pair_store
+
+        report.pairing = pair_store(store).to_dict()
     progress("done", report.to_dict())
     return report
 
@@ -266,6 +277,18 @@ class _ChipWriter:
         self.finished_files.append(file_rows)
         if len(self.rows) + len(self.chips) >= self.commit_every:
             self.flush()
+
+    def discard(self, path: Path) -> None:
+        """Drop every chip of `path`: those still buffered, and those already committed."""
+        keep = [i for i, row in enumerate(self.rows) if row["source"] != str(path)]
+        self.rows = [self.rows[i] for i in keep]
+        self.embeddings = [self.embeddings[i] for i in keep]
+        self.chips = [c for c in self.chips if c[3].path != path]
+        if self.store.has_table("images"):
+            table = self.store.table("images")
+            source = str(path).replace("'", "''")
+            if table.count_rows(f"source = '{source}'"):
+                table.delete(f"source = '{source}'")
 
     def flush(self) -> None:
         self._embed()

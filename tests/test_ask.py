@@ -189,3 +189,15 @@ def test_cli_ask_missing_image(asked_store, tmp_path):
 def test_flow_loaded_matches_store(asked_store):
     flow, metadata = load_store_flow(Store.open(asked_store))
     assert metadata["prefix_slots"] == 4
+
+
+def test_neighbours_without_texts(asked_store):
+    import pyarrow as pa
+
+    from rsflow.store.schema import PAIRS_SCHEMA
+
+    Store.open(asked_store).replace_pairs(pa.table({"chip_id": [], "text_id": [], "how": []}, schema=PAIRS_SCHEMA))
+    asker = Asker(Store.open(asked_store), device="cpu")
+    answer = asker.ask(LR_IMAGE, "Is there a road?", AskOptions(chip_size=256, max_new_tokens=2))
+    assert answer.neighbours
+    assert all(item["found_by"] == "cell" for item in answer.context)

@@ -88,3 +88,12 @@ def test_evaluate_reports_flow_and_baselines(trained):
     table = format_evaluation(report)
     assert "| flow (likelihood) |" in table
     assert "| ridge map (cosine) |" in table
+
+
+def test_same_seed_same_result(tmp_path):
+    path = make_synthetic_store(tmp_path / "store", chips=60, texts=60, pairs=400)
+    results = []
+    for _ in range(2):
+        training = train_store(Store.open(path), TrainConfig(epochs=1, batch_size=64, seed=7), flow_overrides=SMALL_FLOW)
+        results.append(training.result.val_bits_per_dim)
+    assert results[0] == results[1]

@@ -188,6 +188,26 @@ def test_ingest_bad_files_reported(tmp_path, imagery_dir, test_data_dir, tiny_en
     # The good image is stored in full, and a partly read truncated file is not marked complete.
     sources = Store.open(tmp_path / "store").table("sources").to_arrow()["source"].to_pylist()
     assert [Path(s).name for s in sources] == ["52.tif"]
+    chip_sources = set(images_table(tmp_path / "store")["source"].to_pylist())
+    assert {Path(s).name for s in chip_sources} == {"52.tif"}
+
+
+def test_ingest_truncated_file_leaves_no_chips(tmp_path, imagery_dir, tiny_encoder):
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    truncated = folder / "53.tif"
+    truncated.write_bytes((imagery_dir / "rsvqa_lr" / "53.tif").read_bytes()[:120_000])
+    store = Store.open_or_create(tmp_path / "store")
+    options = IngestOptions(chip_size=64, commit_every=4)
+    report = ingest_images(store, [folder], tiny_encoder, options)
+    assert len(report.files_rejected) == 1
+    assert Store.open(tmp_path / "store").count("images") == 0
+
+    truncated.write_bytes((imagery_dir / "rsvqa_lr" / "53.tif").read_bytes())
+    ingest_images(Store.open(tmp_path / "store"), [folder], tiny_encoder, options)
+    table = images_table(tmp_path / "store")
+    assert table.num_rows == 16
+    assert pc.count_distinct(table["chip_id"]).as_py() == 16
 
 
 def test_ingest_all_nodata_rejected(tmp_path, test_data_dir, tiny_encoder):

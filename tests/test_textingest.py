@@ -145,3 +145,12 @@ def test_cli_info_shows_pairing(paired_store):
     assert summary["rows"]["pairs"] > 0
     assert set(summary["pairing"]["pairs"]) == {"image_ref", "intersects", "cell"}
     assert summary["pairing"]["texts_without_chip"] >= 0
+
+
+def test_image_ingest_repairs_pairs(paired_store, imagery_dir, tiny_encoder):
+    store = Store.open(paired_store)
+    before = store.count("pairs")
+    report = ingest_images(store, [imagery_dir / "eurosat_ms"], tiny_encoder, IngestOptions(bands=[4, 3, 2]))
+    assert report.chips_written == 8
+    assert report.pairing["pairs_total"] == Store.open(paired_store).count("pairs")
+    assert report.pairing["pairs_total"] >= before
