@@ -28,7 +28,7 @@ def ask(
     context_texts: Annotated[int, typer.Option(help="Ranked texts put into the prompt.")] = 5,
     no_prefix: Annotated[bool, typer.Option("--no-prefix", help="Leave out the flow's image prefix (ablation).")] = False,
     no_retrieval: Annotated[bool, typer.Option("--no-retrieval", help="Leave out neighbours and texts (ablation).")] = False,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 32,
+    max_new_tokens: Annotated[int, typer.Option(help="Maximum answer length, in tokens.")] = 32,
     chip_size: Annotated[int | None, typer.Option(help="Chip size for tiling the image. Default: the encoder's image size.")] = None,
     bands: Annotated[str | None, typer.Option(help="1-based bands to read, e.g. 4,3,2.")] = None,
     value_range: Annotated[str | None, typer.Option(help="LOW,HIGH raw values mapped to 0 and 1, as in ingest.")] = None,
@@ -78,14 +78,14 @@ def _print_answer(answer) -> None:
     stdout.print(f"[bold]Q:[/] {answer.question}", highlight=False)
     stdout.print(f"[bold]A:[/] {answer.answer or '(empty answer)'}", highlight=False)
     if answer.candidates:
-        # Summed over K x D dimensions, log-likelihoods differ by tens of nats, so a softmax saturates;
-        # the differences say more.
+        # Summed over K x D dimensions, log-likelihoods differ by tens of nats, so a softmax saturates, and
+        # the differences are more informative.
         best = answer.candidates[0]["log_likelihood"]
         scored = ", ".join(f"{c['answer']} {c['log_likelihood'] - best:+.1f}" for c in answer.candidates[:5])
         stdout.print(f"flow's candidate log-likelihoods, relative to the best: {scored}", highlight=False)
     if answer.location:
         stdout.print(f"image centre: {answer.location['lon']:.5f}, {answer.location['lat']:.5f} "
-                     f"(cell {answer.location['cell']:x})", highlight=False)
+                     f"(cell {answer.location['cell']})", highlight=False)
     for n in answer.neighbours:
         stdout.print(f"  neighbour {n['rank']}: {Path(n['source']).name} chip at "
                      f"({n['window']['col']}, {n['window']['row']}), distance {n['distance']:.4f}", highlight=False)

@@ -23,6 +23,7 @@ stdout = Console(soft_wrap=True)
 
 EXIT_FAILED = 1
 EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130
 
 StoreOption = Annotated[
     Path | None,
@@ -61,6 +62,9 @@ def reported_errors(extra: tuple[type[BaseException], ...] = ()) -> Iterator[Non
     except known_errors() + extra as error:
         console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAILED) from None
+    except KeyboardInterrupt:
+        console.print("interrupted; what was committed is kept, and the same command resumes the work.")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def print_json(data: Any) -> None:

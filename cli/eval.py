@@ -29,7 +29,7 @@ def rsvqa(
         bool | None, typer.Option("--count-bins/--exact-counts", help="Score counts in bins. Default: bins for LR, exact for HR.")
     ] = None,
     chip_size: Annotated[int | None, typer.Option(help="Chip size for tiling the images. Default: the encoder's image size.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest generated answer, in tokens.")] = 16,
+    max_new_tokens: Annotated[int, typer.Option(help="Maximum length of a generated answer, in tokens.")] = 16,
     cache: Annotated[Path | None, typer.Option(help="JSON Lines file of answers, for resuming. Default: STORE/eval/.")] = None,
     output: Annotated[Path | None, typer.Option(help="Write the markdown table here and the JSON beside it (.json).")] = None,
     device: Annotated[str | None, typer.Option(help="Torch device for the encoder.")] = None,

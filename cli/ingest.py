@@ -74,6 +74,8 @@ def ingest(
         raise typer.BadParameter(f"{edge!r} is not 'pad' or 'drop'.", param_hint="--edge")
 
     with reported_errors():
+        if encoder is None and not (store_path(store) / "manifest.json").is_file():
+            raise typer.BadParameter("the store is new, so name its encoder with --encoder.", param_hint="--encoder")
         opened = Store.open_or_create(store_path(store), h3_resolution)
         if encoder is None:
             if opened.manifest.encoder is None:

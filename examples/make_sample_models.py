@@ -10,7 +10,7 @@ as checkpoints, so rsflow loads them as it would load real ones. Their answers c
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from rsflow.tiny_encoder import make_tiny_vitmae
@@ -27,4 +27,7 @@ def main(output: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "sample-output/models"))
+    parser = argparse.ArgumentParser(description="Write the tiny random-weight sample models.")
+    parser.add_argument("output", nargs="?", default="sample-output/models", type=Path,
+                        help="folder that receives encoder/ and llm/")
+    main(parser.parse_args().output)

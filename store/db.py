@@ -52,7 +52,9 @@ class Store:
         if not (path / MANIFEST_NAME).is_file():
             if path.exists() and any(path.iterdir()):
                 raise StoreError(f"{path}: not an rsflow store (no {MANIFEST_NAME}).")
-            raise StoreError(f"{path}: no store here. Create one with `rsflow ingest IMAGES --store {path}`.")
+            raise StoreError(
+                f"{path}: no store here. Create one with `rsflow ingest IMAGES --store {path} --encoder MODEL`."
+            )
         return cls(path, Manifest.load(path))
 
     @classmethod

@@ -278,3 +278,36 @@ def test_store_rejects_foreign_folder(tmp_path):
         Store.open_or_create(tmp_path)
     with pytest.raises(StoreError, match="no store here"):
         Store.open(tmp_path / "missing")
+
+
+def test_cli_new_store_needs_encoder(tmp_path, imagery_dir):
+    from typer.testing import CliRunner
+
+    from rsflow.cli.main import app
+
+    store = tmp_path / "store"
+    result = CliRunner().invoke(app, ["ingest", str(imagery_dir / "rsvqa_lr"), "--store", str(store)])
+    assert result.exit_code == 2
+    assert "--encoder" in result.output
+    assert not store.exists()
+
+
+def test_cli_ingest_json_summary(tmp_path, imagery_dir, tiny_encoder_dir):
+    import json
+
+    from typer.testing import CliRunner
+
+    from rsflow.cli.main import app
+
+    store = tmp_path / "store"
+    arguments = ["ingest", str(imagery_dir / "rsvqa_lr" / "52.tif"), str(tmp_path / "missing-nothing"),
+                 "--store", str(store), "--encoder", str(tiny_encoder_dir), "--chip-size", "128", "--json"]
+    (tmp_path / "missing-nothing").mkdir()
+    (tmp_path / "missing-nothing" / "notes.tif").write_text("not an image")
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 3, result.output
+    summary = json.loads(result.stdout)
+    assert summary["chips_written"] == 4
+    assert summary["files_read"] == 1
+    assert summary["files_rejected"][0]["file"].endswith("notes.tif")
+    assert set(summary) >= {"files_found", "chips_skipped", "files_not_images", "warnings"}
