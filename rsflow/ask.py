@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_RANKER = "sentence-transformers/all-MiniLM-L6-v2"
 EMBED_BATCH = 32
+IVF_MIN_CHIPS = 100_000
 YES_NO_WORDS = ("is", "are", "does", "do", "can", "has", "have", "was", "were", "will", "could", "should")
 
 
@@ -147,9 +148,15 @@ class Asker:
     @property
     def index(self):
         if self._index is None:
-            from rsflow.store.index import ChipIndex
+            from rsflow.store.index import INDEX_DIR, ChipIndex
 
-            self._index = ChipIndex.open(self.store)
+            # A first index of a large store is approximate (IVF): the exact flat search took about
+            # 0.5 s per question at 1M chips on two cores, IVF 0.05 s (docs/benchmarks.md). A saved
+            # index keeps its type.
+            index_type = None
+            if not (self.store.path / INDEX_DIR / "index.json").is_file():
+                index_type = "ivf" if self.store.count("images") > IVF_MIN_CHIPS else "flat"
+            self._index = ChipIndex.open(self.store, index_type=index_type)
         return self._index
 
     @property

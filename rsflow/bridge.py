@@ -11,6 +11,7 @@ Evaluation runs on the held-out cells only. The flow is compared with the two ba
 the same pairs: a ridge-regression linear map from image embedding to prior, and the prior of the
 nearest training image's text. Retrieval ranks, for each held-out (chip, text) pair, the true text
 among `candidates` texts of the held-out split (the true one and distractors drawn with a seed).
+The "chance" row is the expectation of a random ranking, not one random draw.
 """
 
 from __future__ import annotations
@@ -191,9 +192,9 @@ def evaluate_store(store: Store, *, candidates: int = 100, max_queries: int = 50
         "flow (cosine of prefix)": _cosine_each(prefixes.numpy(), candidate_priors),
         "ridge map (cosine)": _cosine_each(ridge.predict(queries["embedding"]), candidate_priors),
         "nearest-neighbour text (cosine)": _cosine_each(nearest.predict(queries["embedding"]), candidate_priors),
-        "chance": rng.random((len(candidate_sets), candidates)),
     }
     retrieval = {name: retrieval_metrics(scores, true_index) for name, scores in rows.items()}
+    retrieval["chance"] = _chance_metrics(len(candidate_sets[0]) if candidate_sets else candidates, len(candidate_sets))
 
     held_out = evaluate_flow(flow, lambda: source.batches("validation", 256, shuffle=False))
     ridge_nll = -np.mean(np.concatenate([
@@ -211,6 +212,18 @@ def evaluate_store(store: Store, *, candidates: int = 100, max_queries: int = 50
         },
         "retrieval": retrieval,
         "models": _store_identity(store),
+    }
+
+
+def _chance_metrics(candidates: int, queries: int) -> dict:
+    """Return the expected retrieval metrics of a random ranking of `candidates` texts."""
+    ranks = np.arange(1, candidates + 1)
+    return {
+        **{f"recall@{k}": min(k, candidates) / candidates for k in (1, 5, 10)},
+        "mean_rank": (candidates + 1) / 2,
+        "median_rank": float(np.median(ranks)),
+        "mrr": float(np.mean(1.0 / ranks)),
+        "num_queries": queries,
     }
 
 

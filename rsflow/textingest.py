@@ -142,6 +142,8 @@ def ingest_texts(
             f"{report.texts_truncated} texts were longer than the LLM's context of "
             f"{embeddings.max_length} tokens and were truncated."
         )
+    if store.has_table("texts") and report.texts_written:
+        store.finish_texts()
     if store.has_table("images") and store.has_table("texts"):
         pairing = pair_store(store)
         report.pairing = pairing.to_dict()

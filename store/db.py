@@ -149,6 +149,18 @@ class Store:
         table = self.db.create_table("pairs", schema=PAIRS_SCHEMA)
         if pairs.num_rows:
             table.add(pairs.cast(PAIRS_SCHEMA))
+            # Asking looks pairs up by chip; the scalar index spares a scan of the whole table.
+            from lancedb.index import BTree
+
+            table.create_index("chip_id", config=BTree(), replace=True)
+
+    def finish_texts(self) -> None:
+        """(Re)build the scalar indexes of the texts table on `text_id` and `cell`, which asking filters on."""
+        from lancedb.index import BTree
+
+        table = self.table("texts")
+        for column in ("text_id", "cell"):
+            table.create_index(column, config=BTree(), replace=True)
 
     def finish_images(self) -> None:
         """Compact the images table and (re)build the scalar index on `cell`."""

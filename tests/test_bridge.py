@@ -85,6 +85,10 @@ def test_evaluate_reports_flow_and_baselines(trained):
         assert 0.0 <= metrics["recall@1"] <= metrics["recall@5"] <= metrics["recall@10"] <= 1.0
         assert metrics["num_queries"] == report["queries"]
     assert set(report["bits_per_dim"]) == {"flow", "ridge map (Gaussian residuals)"}
+    chance = report["retrieval"]["chance"]
+    assert chance["recall@1"] == pytest.approx(1 / 20)
+    assert chance["recall@10"] == pytest.approx(10 / 20)
+    assert chance["mean_rank"] == pytest.approx(10.5)
     table = format_evaluation(report)
     assert "| flow (likelihood) |" in table
     assert "| ridge map (cosine) |" in table

@@ -154,3 +154,11 @@ def test_image_ingest_repairs_pairs(paired_store, imagery_dir, tiny_encoder):
     assert report.chips_written == 8
     assert report.pairing["pairs_total"] == Store.open(paired_store).count("pairs")
     assert report.pairing["pairs_total"] >= before
+
+
+def test_lookup_columns_indexed(paired_store):
+    store = Store.open(paired_store)
+    text_indices = {tuple(index.columns) for index in store.table("texts").list_indices()}
+    assert {("text_id",), ("cell",)} <= text_indices
+    pair_indices = {tuple(index.columns) for index in store.table("pairs").list_indices()}
+    assert ("chip_id",) in pair_indices
