@@ -207,10 +207,8 @@ class Asker:
 
         with timer("embed"):
             query = self.embed_image(image, options)
-        if query.lon is not None:
-            cell = h3.latlng_to_cell(query.lat, query.lon, self.store.manifest.h3_resolution)
-            answer.location = {"lon": query.lon, "lat": query.lat, "cell": h3.str_to_int(cell)}
-        else:
+        answer.location = self.location(query)
+        if answer.location is None:
             answer.notes.append("the image has no georeference, so no cell texts and no location in the prefix.")
 
         context_texts: list[str] = []
@@ -237,6 +235,13 @@ class Asker:
             with timer("candidates"):
                 answer.candidates = self.score_candidates(question, query)
         return answer
+
+    def location(self, query: ImageQuery) -> dict | None:
+        """Return the image centre and its H3 cell at the store's resolution, or None without georeference."""
+        if query.lon is None:
+            return None
+        cell = h3.latlng_to_cell(query.lat, query.lon, self.store.manifest.h3_resolution)
+        return {"lon": query.lon, "lat": query.lat, "cell": h3.str_to_int(cell)}
 
     def neighbours(self, embedding: np.ndarray, top_k: int) -> list[dict]:
         """Return the nearest stored chips with their source, cell and place."""
@@ -294,9 +299,7 @@ class Asker:
         import torch
 
         embedding = torch.from_numpy(query.embedding[None, :])
-        lonlat = torch.tensor([[query.lon if query.lon is not None else float("nan"),
-                                query.lat if query.lat is not None else float("nan")]], dtype=torch.float32)
-        return self.flow.prefix(embedding, lonlat)[0]
+        return self.flow.prefix(embedding, _lonlat(query))[0]
 
     def score_candidates(self, question: str, query: ImageQuery) -> list[dict]:
         """Score the closed answers of `question` (see `closed_candidates`); [] for an open question."""
@@ -312,9 +315,8 @@ class Asker:
 
         priors = text_priors([question_answer_text(question, a) for a in answers], self.token_embeddings,
                              self.flow.config.num_slots).priors
-        lonlat = torch.tensor([[query.lon if query.lon is not None else float("nan"),
-                                query.lat if query.lat is not None else float("nan")]], dtype=torch.float32)
-        scores = self.flow.score_priors(torch.from_numpy(query.embedding[None, :]), lonlat, torch.from_numpy(priors))[0]
+        embedding = torch.from_numpy(query.embedding[None, :])
+        scores = self.flow.score_priors(embedding, _lonlat(query), torch.from_numpy(priors))[0]
         probabilities = torch.softmax(scores.double(), dim=0)
         order = torch.argsort(scores, descending=True)
         return [
@@ -348,8 +350,8 @@ class Asker:
 def closed_candidates(question: str, labels: list[str]) -> list[str]:
     """Return the candidate answers of a closed question, or [] for an open one.
 
-    Yes/no questions start with an auxiliary verb; count questions start with "how many" (the
-    candidates are the RSVQA authors' count bins); a question naming a class or land use gets the
+    Yes/no questions start with an auxiliary verb. Count questions start with "how many", and their
+    candidates are the RSVQA authors' count bins. A question naming a class or land use gets the
     store's labels.
     """
     words = re.findall(r"[a-z]+", question.lower())
@@ -366,6 +368,15 @@ def closed_candidates(question: str, labels: list[str]) -> list[str]:
     if labels and ({"class", "land", "landuse", "kind", "type", "category"} & set(words)):
         return labels
     return []
+
+
+def _lonlat(query: ImageQuery):
+    """Return the image centre as a [1, 2] tensor, NaN where the image has no georeference."""
+    import torch
+
+    missing = float("nan")
+    return torch.tensor([[query.lon if query.lon is not None else missing,
+                          query.lat if query.lat is not None else missing]], dtype=torch.float32)
 
 
 def _texts_by(texts, expression) -> list[dict]:

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rsflow.store.db import Store
+from rsflow.store.schema import vectors_to_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -166,8 +167,8 @@ class PairSource:
         """Read the vectors of the given image and text row positions."""
         images = _take(self.images, chip_rows, ["embedding", "lon", "lat"])
         texts = _take(self.texts, text_rows, ["prior"])
-        embedding = _fixed_size_list_to_numpy(images["embedding"]).reshape(len(chip_rows), self.embedding_dim)
-        prior = _fixed_size_list_to_numpy(texts["prior"]).reshape(len(text_rows), self.prefix_slots, self.prior_dim)
+        embedding = vectors_to_numpy(images["embedding"], copy=True)
+        prior = vectors_to_numpy(texts["prior"], copy=True).reshape(len(text_rows), self.prefix_slots, self.prior_dim)
         return {
             "embedding": embedding,
             "prior": prior,
@@ -181,12 +182,6 @@ def _take(dataset, rows: np.ndarray, columns: list[str]) -> pa.Table:
     unique, inverse = np.unique(rows, return_inverse=True)
     table = dataset.take(unique.tolist(), columns=columns)
     return table.take(pa.array(inverse))
-
-
-def _fixed_size_list_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
-    # A copy: torch would otherwise warn about read-only memory shared with Arrow.
-    array = column.combine_chunks()
-    return np.array(array.flatten().to_numpy(zero_copy_only=False), dtype=np.float32, copy=True)
 
 
 def _positions(ids: pa.Array, value_set: pa.Array) -> np.ndarray:

@@ -170,8 +170,7 @@ def evaluate_store(store: Store, *, candidates: int = 100, max_queries: int = 50
     ridge = RidgeMap.load(flow_dir(store) / "ridge")
     dims = source.prefix_slots * source.prior_dim
 
-    queries = _held_out_queries(source, max_queries, seed)
-    pool = _candidate_pool(source)
+    queries, pool = _held_out_queries(source, max_queries, seed)
     rng = np.random.default_rng(seed)
     candidate_sets, true_index = _candidate_sets(queries["text_rows"], pool, candidates, rng)
     priors = source.read(np.zeros(len(pool), np.int64), pool)["prior"]
@@ -227,22 +226,20 @@ def _chance_metrics(candidates: int, queries: int) -> dict:
     }
 
 
-def _held_out_queries(source: PairSource, max_queries: int, seed: int) -> dict[str, np.ndarray]:
+def _held_out_queries(source: PairSource, max_queries: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Return a seeded sample of the held-out pairs as queries, and every held-out text row (the candidates)."""
     chips, texts = [], []
     for chip_rows, text_rows in source._scan("validation"):
         chips.append(chip_rows)
         texts.append(text_rows)
     chip_rows, text_rows = np.concatenate(chips), np.concatenate(texts)
+    pool = np.unique(text_rows)
     if len(chip_rows) > max_queries:
         keep = np.sort(np.random.default_rng(seed).choice(len(chip_rows), max_queries, replace=False))
         chip_rows, text_rows = chip_rows[keep], text_rows[keep]
     batch = source.read(chip_rows, text_rows)
-    return {"embedding": batch["embedding"], "lon": batch["lon"], "lat": batch["lat"], "text_rows": text_rows}
-
-
-def _candidate_pool(source: PairSource) -> np.ndarray:
-    texts = [text_rows for _, text_rows in source._scan("validation")]
-    return np.unique(np.concatenate(texts))
+    queries = {"embedding": batch["embedding"], "lon": batch["lon"], "lat": batch["lat"], "text_rows": text_rows}
+    return queries, pool
 
 
 def _candidate_sets(true_rows: np.ndarray, pool: np.ndarray, size: int, rng) -> tuple[list[np.ndarray], np.ndarray]:

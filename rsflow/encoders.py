@@ -3,7 +3,7 @@
 A chip's embedding is the mean of the encoder's patch tokens in its last hidden layer, the CLS token
 left out. That is the "global pool" with which He et al. fine-tune and probe MAE encoders ("Masked
 Autoencoders Are Scalable Vision Learners", https://arxiv.org/abs/2111.06377). ViTMAE masks patches
-at random even at inference; here the mask ratio is set to zero and the patch order fixed, so every
+at random even at inference. Here the mask ratio is set to zero and the patch order fixed, so every
 patch is seen once, in order, and the same chip always gives the same embedding.
 
 Input values arrive scaled to [0, 1] by `rsflow.raster`; the encoder normalizes them with the
@@ -37,7 +37,7 @@ class EncoderError(ValueError):
 
 @dataclass(frozen=True)
 class EncoderInfo:
-    """What the store records of the encoder that produced its vectors."""
+    """The record of the encoder that produced a store's vectors, as the manifest keeps it."""
 
     model_id: str
     weights_sha256: str

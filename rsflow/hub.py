@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +12,10 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# Files fetched for a hub id: configuration and tokenizer files, then the weights in either format.
+HUB_METADATA_PATTERNS = ["*.json", "*.jinja", "*.model", "*.tiktoken", "*.txt"]
+HUB_SAFETENSORS_PATTERNS = ["*.safetensors"]
+HUB_BIN_PATTERNS = ["*.bin"]
 _HASH_CHUNK = 8 * 1024 * 1024
 
 
@@ -18,11 +23,23 @@ class ModelNotFoundError(FileNotFoundError):
     """A model that is neither a local folder nor a hub id in the local cache."""
 
 
-def resolve_model_dir(model: str) -> Path:
-    """Return the local folder of `model`: a folder as is, or a hub id from the Hugging Face cache.
+def resolve_model_dir(
+    model: str,
+    *,
+    allow_patterns: list[str] | None = None,
+    local_files_only: bool | None = None,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """Return the local folder of a model given as a folder path or a Hugging Face hub id.
 
-    A hub id is looked up in the local cache first and downloaded only where the hub is reachable
-    and `HF_HUB_OFFLINE` is not set, as `huggingface_hub.snapshot_download` does.
+    An existing folder is returned as it is, once it is checked to hold a `config.json`. Anything
+    else is taken as a hub id and resolved with `huggingface_hub.snapshot_download`, which fetches
+    only the files that match `allow_patterns` (default: metadata and safetensors weights). With
+    `local_files_only` (default: true when the environment variable `HF_HUB_OFFLINE` is set), only
+    the local cache under `cache_dir` (default: the Hugging Face cache) is read.
+
+    Raises:
+        ModelNotFoundError: `model` is neither a checkpoint folder nor a hub id that can be resolved.
     """
     if not model or not model.strip():
         raise ModelNotFoundError("No model given. Pass a Hugging Face hub id or a local folder.")
@@ -30,23 +47,28 @@ def resolve_model_dir(model: str) -> Path:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path}: the folder has no config.json, so it is not a Hugging Face checkpoint.")
-        return path.resolve()
-    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise ModelNotFoundError(f"{model}: no such model folder.")
+        return path
+    if path.exists():
+        raise ModelNotFoundError(f"model {model!r} is a file; pass the checkpoint folder or a hub id")
 
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    patterns = allow_patterns if allow_patterns is not None else HUB_METADATA_PATTERNS + HUB_SAFETENSORS_PATTERNS
     try:
-        return Path(snapshot_download(repo_id=model))
-    except HFValidationError as error:
-        raise ModelNotFoundError(f"{model}: neither a local folder nor a valid hub id ({error}).") from error
-    except Exception as error:  # noqa: BLE001 - the hub raises many kinds of network and cache errors
+        folder = snapshot_download(
+            repo_id=model, allow_patterns=patterns, local_files_only=local_files_only, cache_dir=cache_dir
+        )
+    except (LocalEntryNotFoundError, ValueError, OSError) as error:
+        # ValueError covers a string that is not a valid repo id (huggingface_hub's HFValidationError).
         raise ModelNotFoundError(
-            f"{model}: not a local folder, and the hub id could not be found in the local cache or "
-            f"downloaded ({type(error).__name__}: {error}). Download the checkpoint first, or pass its "
-            "local folder."
+            f"model {model!r} is not a local folder and could not be resolved as a Hugging Face hub id "
+            f"({type(error).__name__}: {error}). Pass a local checkpoint folder, or download the model "
+            "into the Hugging Face cache first (`hf download ID`) and set HF_HUB_OFFLINE=1."
         ) from error
+    return Path(folder)
 
 
 def weights_sha256(model_dir: Path) -> str:

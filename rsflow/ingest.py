@@ -54,7 +54,7 @@ class IngestError(RuntimeError):
 
 @dataclass
 class IngestOptions:
-    """How images are cut, read and embedded; None means the encoder's default."""
+    """Settings of cutting, reading and embedding images. None means the encoder's default."""
 
     chip_size: int | None = None
     stride: int | None = None
@@ -69,7 +69,7 @@ class IngestOptions:
 
 @dataclass
 class IngestReport:
-    """What an ingest did, in a form that scripts can read (`to_dict`)."""
+    """The summary of an ingest, in a form that scripts can read (`to_dict`)."""
 
     files_found: int = 0
     files_read: int = 0

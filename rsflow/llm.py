@@ -15,14 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import LocalEntryNotFoundError
 from safetensors import safe_open
 from transformers import (
     AutoConfig,
@@ -33,6 +30,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from rsflow.hub import HUB_BIN_PATTERNS, HUB_METADATA_PATTERNS, HUB_SAFETENSORS_PATTERNS, resolve_model_dir
+
 logger = logging.getLogger(__name__)
 
 # Eight slots keep a prior at 8 x D_llm floats, 128 KiB a text for a 4096-wide LLaMA. A
@@ -42,55 +41,6 @@ DEFAULT_PREFIX_SLOTS = 8
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
-
-# Files that build the tokenizer, the config and the model. The "*.bin" weights are fetched
-# only when a repository has no safetensors weights.
-HUB_METADATA_PATTERNS = ["*.json", "*.jinja", "*.model", "*.tiktoken", "*.txt"]
-HUB_SAFETENSORS_PATTERNS = ["*.safetensors"]
-HUB_BIN_PATTERNS = ["*.bin"]
-
-
-def resolve_model_dir(
-    model: str,
-    *,
-    allow_patterns: list[str] | None = None,
-    local_files_only: bool | None = None,
-    cache_dir: str | Path | None = None,
-) -> Path:
-    """Return the local folder of a model given as a folder path or a Hugging Face hub id.
-
-    An existing folder is returned as it is. Anything else is taken as a hub id and
-    resolved with `huggingface_hub.snapshot_download`, which fetches only the files that
-    match `allow_patterns` (default: metadata and safetensors weights). With
-    `local_files_only` (default: true when the environment variable `HF_HUB_OFFLINE` is
-    set), only the local cache under `cache_dir` (default: the Hugging Face cache) is read.
-
-    Raises:
-        FileNotFoundError: `model` is neither a folder nor a hub id that can be resolved.
-    """
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise FileNotFoundError(f"model {model!r} is a file; pass the checkpoint folder or a hub id")
-
-    if local_files_only is None:
-        local_files_only = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-    patterns = allow_patterns if allow_patterns is not None else HUB_METADATA_PATTERNS + HUB_SAFETENSORS_PATTERNS
-
-    try:
-        folder = snapshot_download(
-            repo_id=model, allow_patterns=patterns, local_files_only=local_files_only, cache_dir=cache_dir
-        )
-    except (LocalEntryNotFoundError, ValueError, OSError) as error:
-        # ValueError covers a string that is not a valid repo id (huggingface_hub's HFValidationError).
-        raise FileNotFoundError(
-            f"model {model!r} is not a local folder and could not be resolved as a Hugging Face hub id "
-            f"({type(error).__name__}: {error}). Pass a local checkpoint folder, or download the model "
-            "into the Hugging Face cache first (`hf download ID`) and set HF_HUB_OFFLINE=1."
-        ) from error
-    return Path(folder)
-
 
 def context_length(config: PretrainedConfig) -> int | None:
     """Return the LLM's maximum number of positions from its config, or None if it has no limit.

@@ -9,7 +9,7 @@ Bands
     ``[1, 1, 1]`` feeds a single-band image to an RGB encoder.
 
 Nodata
-    A pixel is invalid where the dataset mask says so: the nodata value, an internal mask or an alpha
+    A pixel is invalid where the dataset mask marks it so: the nodata value, an internal mask or an alpha
     band. A nodata value outside the range of the band's data type cannot occur in the data, so it
     is ignored (rasterio 1.4 already drops such a value when it opens the file; where a reader
     reports it, rsflow ignores it with a warning). Pixels outside the image (padded edge chips) are invalid too.
@@ -93,7 +93,7 @@ class Georef:
 
 @dataclass
 class ImageInfo:
-    """What rsflow needs to know of an opened image before it reads any pixel."""
+    """The facts about an opened image that rsflow needs before it reads any pixel."""
 
     path: Path
     width: int

@@ -123,7 +123,7 @@ def _read_cache(cache: Path) -> dict[tuple[int, str], dict]:
 
 
 def _leak_warnings(asker: Asker, dataset: RsvqaDataset, questions) -> list[str]:
-    """Warn when the store holds question-answer texts of the evaluated images (retrieval would see answers)."""
+    """Return a warning when the store contains question-answer texts of the evaluated images, which retrieval would read."""
     import pyarrow.compute as pc
 
     if not asker.store.has_table("texts"):
@@ -147,13 +147,7 @@ def _image_evidence(asker: Asker, dataset: RsvqaDataset, image_id: int, settings
     options = AskOptions(chip_size=settings.chip_size, georef=georef)
     query = asker.embed_image(image.path, options)
     neighbours = asker.neighbours(query.embedding, settings.top_k)
-    location = None
-    if query.lon is not None:
-        import h3
-
-        cell = h3.latlng_to_cell(query.lat, query.lon, asker.store.manifest.h3_resolution)
-        location = {"lon": query.lon, "lat": query.lat, "cell": h3.str_to_int(cell)}
-    return query, neighbours, location
+    return query, neighbours, asker.location(query)
 
 
 def _answer(asker: Asker, question, ablation: str, query: ImageQuery, neighbours, location,

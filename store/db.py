@@ -2,7 +2,7 @@
 
 Every write is a LanceDB commit, which is atomic: a process killed during a write leaves the table at
 its previous version. Chips and texts are written with `merge_insert` on their ids, so writing a row
-that is already there adds nothing; that makes a second ingest a no-op and lets a rerun complete an
+that is already there adds nothing. That makes a second ingest a no-op, and lets a rerun complete an
 interrupted one without duplicates.
 """
 

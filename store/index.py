@@ -50,6 +50,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rsflow.store.db import Store, StoreError
+from rsflow.store.schema import vectors_to_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -416,7 +417,7 @@ def _embedding_batches(dataset, offset: int) -> Iterator[tuple[pa.Array, np.ndar
     )
     for batch in batches:
         chip_ids = batch.column("chip_id")
-        vectors = _fixed_size_list_to_numpy(batch.column("embedding"))
+        vectors = vectors_to_numpy(batch.column("embedding"))
         finite = np.isfinite(vectors).all(axis=1)
         if not finite.all():
             bad = chip_ids[int(np.argmin(finite))].as_py()
@@ -424,14 +425,6 @@ def _embedding_batches(dataset, offset: int) -> Iterator[tuple[pa.Array, np.ndar
                 f"chip {bad} has NaN or infinite values in its embedding. Delete its rows and ingest its file again."
             )
         yield chip_ids, _normalize(vectors)
-
-
-def _fixed_size_list_to_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    # `flatten` honours a slice's offset, unlike `values`.
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    return values.reshape(len(column), column.type.list_size).astype(np.float32, copy=False)
 
 
 def _normalize(vectors: np.ndarray) -> np.ndarray:
@@ -458,7 +451,7 @@ def _train_ivf(dataset, rows: int, dimension: int) -> tuple[faiss.Index, int]:
     # A fixed seed makes a rebuild of the same table give the same lists.
     positions = np.sort(np.random.default_rng(0).choice(rows, size=sample_size, replace=False))
     sample = dataset.take(positions, columns=["embedding"])
-    vectors = _normalize(_fixed_size_list_to_numpy(sample.column("embedding")))
+    vectors = _normalize(vectors_to_numpy(sample.column("embedding")))
 
     quantizer = faiss.IndexFlatIP(dimension)
     index = faiss.IndexIVFFlat(quantizer, dimension, nlist, faiss.METRIC_INNER_PRODUCT)

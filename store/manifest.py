@@ -28,7 +28,7 @@ class StoreMismatchError(ValueError):
 
 @dataclass
 class Manifest:
-    """What produced the vectors of a store: encoder, LLM, prefix slots, H3 resolution, format."""
+    """The record of what produced a store's vectors: encoder, LLM, prefix slots, H3 resolution, format."""
 
     h3_resolution: int = DEFAULT_H3_RESOLUTION
     format_version: int = FORMAT_VERSION
@@ -66,7 +66,7 @@ class Manifest:
             return
         if encoder["weights_sha256"] != self.encoder["weights_sha256"]:
             raise StoreMismatchError(
-                f"{store_dir}: the store holds embeddings of encoder {self.encoder['model_id']} "
+                f"{store_dir}: the store contains embeddings of encoder {self.encoder['model_id']} "
                 f"(weights sha256 {self.encoder['weights_sha256'][:12]}), not of {encoder['model_id']} "
                 f"(weights sha256 {encoder['weights_sha256'][:12]}). Leave --encoder out to use the "
                 "store's encoder, or ingest into another store."
@@ -78,7 +78,7 @@ class Manifest:
             return
         if llm["weights_sha256"] != self.llm["weights_sha256"]:
             raise StoreMismatchError(
-                f"{store_dir}: the store holds priors of LLM {self.llm['model_id']} (embedding sha256 "
+                f"{store_dir}: the store contains priors of LLM {self.llm['model_id']} (embedding sha256 "
                 f"{self.llm['weights_sha256'][:12]}), not of {llm['model_id']} (embedding sha256 "
                 f"{llm['weights_sha256'][:12]}). Leave --llm out to use the store's LLM, or use another store."
             )

@@ -59,8 +59,9 @@ def pair_store(store: Store) -> PairingReport:
 
     ref_texts, ref_chips, unknown = _pairs_by_image_ref(images, texts)
     found.append((ref_texts, ref_chips, "image_ref"))
-    found.append((*_pairs_by_intersection(images, texts), "intersects"))
-    found.append((*_pairs_by_cell(images, texts), "cell"))
+    geometries = shapely.from_wkb(np.asarray(texts["geometry"].to_pylist(), dtype=object))
+    found.append((*_pairs_by_intersection(images, geometries), "intersects"))
+    found.append((*_pairs_by_cell(images, texts, geometries), "cell"))
 
     table, counts = _merge(found, text_ids, chip_ids)
     store.replace_pairs(table)
@@ -105,9 +106,8 @@ def _sources_for(ref: str, chips_by_source: dict, sources_by_name: dict) -> list
     return sorted(s for s in candidates if PurePath(s).parts[-len(parts):] == parts)
 
 
-def _pairs_by_intersection(images: pa.Table, texts: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+def _pairs_by_intersection(images: pa.Table, geometries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     footprints = shapely.from_wkb(np.asarray(images["footprint"].to_pylist(), dtype=object))
-    geometries = shapely.from_wkb(np.asarray(texts["geometry"].to_pylist(), dtype=object))
     has_footprint = np.flatnonzero(~shapely.is_missing(footprints))
     has_geometry = np.flatnonzero(~shapely.is_missing(geometries))
     if not len(has_footprint) or not len(has_geometry):
@@ -118,8 +118,7 @@ def _pairs_by_intersection(images: pa.Table, texts: pa.Table) -> tuple[np.ndarra
     return has_geometry[geometry_index], has_footprint[footprint_index]
 
 
-def _pairs_by_cell(images: pa.Table, texts: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    geometries = shapely.from_wkb(np.asarray(texts["geometry"].to_pylist(), dtype=object))
+def _pairs_by_cell(images: pa.Table, texts: pa.Table, geometries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     is_point = shapely.get_type_id(geometries) == shapely.GeometryType.POINT
     # Python ints, not numpy: a float64 array (what nulls would force) cannot hold H3 cells exactly.
     text_cells = texts["cell"].to_pylist()

@@ -11,6 +11,7 @@ K x D shape (the manifest records K and D).
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 WINDOW_TYPE = pa.struct(
@@ -79,3 +80,15 @@ SOURCES_SCHEMA = pa.schema(
         pa.field("completed", TIMESTAMP_TYPE),
     ]
 )
+
+
+def vectors_to_numpy(column: pa.Array | pa.ChunkedArray, copy: bool = False) -> np.ndarray:
+    """Return a fixed-size-list column of float32 as a [rows, size] numpy array.
+
+    `copy=True` returns writable memory, for torch, which warns about read-only Arrow buffers.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    # `flatten` honours a slice's offset, unlike `values`.
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return np.array(values, dtype=np.float32, copy=copy).reshape(len(column), column.type.list_size)

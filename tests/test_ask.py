@@ -23,7 +23,7 @@ SMALL_FLOW = {"transforms": 2, "hidden_features": (32, 32), "kind": "affine", "m
 
 
 @pytest.fixture(scope="module")
-def asked_store_template(tmp_path_factory, tiny_encoder, tiny_llm_dir) -> Path:
+def ask_store_template(tmp_path_factory, tiny_encoder, tiny_llm_dir) -> Path:
     """RSVQA-LR GeoTIFFs and the COG as whole 256-pixel chips, the example texts, and a trained flow."""
     path = tmp_path_factory.mktemp("ask") / "store"
     store = Store.open_or_create(path)
@@ -37,15 +37,15 @@ def asked_store_template(tmp_path_factory, tiny_encoder, tiny_llm_dir) -> Path:
 
 
 @pytest.fixture
-def asked_store(asked_store_template, tmp_path) -> Path:
+def ask_store(ask_store_template, tmp_path) -> Path:
     path = tmp_path / "store"
-    shutil.copytree(asked_store_template, path)
+    shutil.copytree(ask_store_template, path)
     return path
 
 
 @pytest.fixture
-def asker(asked_store) -> Asker:
-    return Asker(Store.open(asked_store), device="cpu")
+def asker(ask_store) -> Asker:
+    return Asker(Store.open(ask_store), device="cpu")
 
 
 class InputRecorder:
@@ -96,7 +96,8 @@ def test_ablations_change_llm_input(asker):
         recorder.handle.remove()
         lengths[name] = recorder.first.shape[0]
         if name == "no retrieval":
-            assert answer.context == [] and answer.neighbours == []
+            assert answer.context == []
+            assert answer.neighbours == []
             assert not answer.retrieval_used
         if name == "no prefix":
             assert not answer.prefix_used
@@ -126,19 +127,19 @@ def test_closed_candidates(question, expected):
     assert closed_candidates(question, ["forest", "pasture"]) == expected
 
 
-def test_new_ingest_extends_index(asked_store, tiny_encoder):
-    asker = Asker(Store.open(asked_store), device="cpu", load_llm=False)
+def test_new_ingest_extends_index(ask_store, tiny_encoder):
+    asker = Asker(Store.open(ask_store), device="cpu", load_llm=False)
     assert asker.index.status in ("built", "loaded")
-    ingest_images(Store.open(asked_store), [EXAMPLES / "data" / "imagery" / "landsat"], tiny_encoder,
+    ingest_images(Store.open(ask_store), [EXAMPLES / "data" / "imagery" / "landsat"], tiny_encoder,
                   IngestOptions(chip_size=256))
-    again = Asker(Store.open(asked_store), device="cpu", load_llm=False)
+    again = Asker(Store.open(ask_store), device="cpu", load_llm=False)
     assert again.index.status == "extended"
-    assert len(again.index) == Store.open(asked_store).count("images")
+    assert len(again.index) == Store.open(ask_store).count("images")
 
 
-def test_store_without_flow_answers(asked_store):
-    shutil.rmtree(Path(asked_store) / "flow")
-    answer = Asker(Store.open(asked_store), device="cpu").ask(LR_IMAGE, "Is there a road?", AskOptions(chip_size=256))
+def test_store_without_flow_answers(ask_store):
+    shutil.rmtree(Path(ask_store) / "flow")
+    answer = Asker(Store.open(ask_store), device="cpu").ask(LR_IMAGE, "Is there a road?", AskOptions(chip_size=256))
     assert not answer.prefix_used
     assert any("no trained flow" in note for note in answer.notes)
     assert answer.candidates == []
@@ -159,11 +160,11 @@ def test_empty_store_rejected(tmp_path):
         Asker(Store.open_or_create(tmp_path / "empty"))
 
 
-def test_cli_ask_json_fields(asked_store):
+def test_cli_ask_json_fields(ask_store):
     from rsflow.cli.main import app
 
     result = CliRunner().invoke(
-        app, ["ask", str(LR_IMAGE), "Is there a road?", "--store", str(asked_store), "--chip-size", "256",
+        app, ["ask", str(LR_IMAGE), "Is there a road?", "--store", str(ask_store), "--chip-size", "256",
               "--max-new-tokens", "3", "--json"],
     )
     assert result.exit_code == 0, result.output
@@ -178,26 +179,26 @@ def test_cli_ask_json_fields(asked_store):
     assert set(answer["models"]) >= {"encoder", "llm", "ranker", "flow"}
 
 
-def test_cli_ask_missing_image(asked_store, tmp_path):
+def test_cli_ask_missing_image(ask_store, tmp_path):
     from rsflow.cli.main import app
 
-    result = CliRunner().invoke(app, ["ask", str(tmp_path / "nope.tif"), "Is there a road?", "--store", str(asked_store)])
+    result = CliRunner().invoke(app, ["ask", str(tmp_path / "nope.tif"), "Is there a road?", "--store", str(ask_store)])
     assert result.exit_code == 1
     assert "nope.tif: file not found" in result.output
 
 
-def test_flow_loaded_matches_store(asked_store):
-    flow, metadata = load_store_flow(Store.open(asked_store))
+def test_flow_loaded_matches_store(ask_store):
+    flow, metadata = load_store_flow(Store.open(ask_store))
     assert metadata["prefix_slots"] == 4
 
 
-def test_neighbours_without_texts(asked_store):
+def test_neighbours_without_texts(ask_store):
     import pyarrow as pa
 
     from rsflow.store.schema import PAIRS_SCHEMA
 
-    Store.open(asked_store).replace_pairs(pa.table({"chip_id": [], "text_id": [], "how": []}, schema=PAIRS_SCHEMA))
-    asker = Asker(Store.open(asked_store), device="cpu")
+    Store.open(ask_store).replace_pairs(pa.table({"chip_id": [], "text_id": [], "how": []}, schema=PAIRS_SCHEMA))
+    asker = Asker(Store.open(ask_store), device="cpu")
     answer = asker.ask(LR_IMAGE, "Is there a road?", AskOptions(chip_size=256, max_new_tokens=2))
     assert answer.neighbours
     assert all(item["found_by"] == "cell" for item in answer.context)

@@ -228,8 +228,10 @@ def test_place_across_antimeridian(tmp_path):
     footprint = shapely.from_wkb(place.footprint)
     assert footprint.geom_type == "MultiPolygon"
     lons = shapely.get_coordinates(footprint)[:, 0]
-    assert lons.min() >= -180 and lons.max() <= 180
-    assert (lons > 179).any() and (lons < -179).any()
+    assert lons.min() >= -180
+    assert lons.max() <= 180
+    assert (lons > 179).any()
+    assert (lons < -179).any()
     assert -180 <= place.lon <= 180
 
 
